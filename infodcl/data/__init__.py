@@ -1,0 +1,1 @@
+"""Data layer: catalog, readers, preparation to canonical tables, contracts runner, graphs."""

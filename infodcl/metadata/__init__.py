@@ -1,0 +1,1 @@
+"""Auxiliary metadata (spec section 1): LightGCN pretraining, sparse similarity graphs, channels."""
