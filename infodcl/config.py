@@ -212,7 +212,17 @@ def _read_yaml(path: Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
+    return _unalias(data)
+
+
+def _unalias(node: Any) -> Any:
+    # YAML anchors (`train: *shared`) load as one shared dict; copy each use, or an override of one
+    # run's `train.lr` would silently change every run that shares the anchor (deepcopy keeps sharing).
+    if isinstance(node, dict):
+        return {key: _unalias(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_unalias(value) for value in node]
+    return node
 
 
 # Mappings whose keys are the user's to choose; a new key under `models` starts from a default run.

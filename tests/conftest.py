@@ -31,3 +31,21 @@ def tiny_data():
     """A 60-user x 40-item synthetic dataset with a per-user train/valid/test split."""
     from infodcl.data.synthetic import synthetic_dataset
     return synthetic_dataset(n_users=60, n_items=40, n_interactions=600, seed=0)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect API (own SQLite database), started once per test session; only flow tests request it."""
+    # The API starts as a subprocess; on a loaded 2-core machine the 30 s default is too short.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    from prefect.testing.utilities import prefect_test_harness
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture
+def mlflow_tmp(tmp_path, monkeypatch) -> str:
+    """MLFLOW_TRACKING_URI pointing at a temporary SQLite file (artifacts go beside it, under mlartifacts/)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri

@@ -1,0 +1,207 @@
+"""Report stage: the comparison table of several runs (like the paper's Table 2) and their training plots.
+
+Spec section 8 (Table 2: Recall/NDCG @20/@50) and section 7 (per-term loss curves, training time per epoch vs Recall@20).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from infodcl.config import PipelineConfig, fingerprint
+from infodcl.store import ArtifactStore, StageResult, atomic_write_bytes, atomic_write_json
+
+STAGE_NAME = "report"
+STAGE_VERSION = 1
+TABLE_METRICS = ("recall@20", "recall@50", "ndcg@20", "ndcg@50")
+SPLITS = ("valid", "test")
+PLOTS = ("loss_curves.png", "valid_recall.png", "time_vs_recall.png")
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def comparison_rows(evaluations: Mapping[str, StageResult],
+                    trainings: Mapping[str, StageResult]) -> list[dict[str, Any]]:
+    """One row per run: model, seed, valid/test metrics of the evaluate stage, training time."""
+    rows = []
+    for run_key, evaluation in evaluations.items():
+        metrics = _read_json(Path(evaluation.path) / "metrics.json", {})
+        training = trainings.get(run_key)
+        train_metrics = _read_json(Path(training.path) / "train_metrics.json", {}) if training else {}
+        row: dict[str, Any] = {"run": run_key, "model": train_metrics.get("model", evaluation.summary.get("model")),
+                               "seed": train_metrics.get("seed"), "best_epoch": train_metrics.get("best_epoch"),
+                               "epochs_run": train_metrics.get("epochs_run"),
+                               "seconds_per_epoch": train_metrics.get("seconds_per_epoch")}
+        for split in SPLITS:
+            for name in TABLE_METRICS:
+                row[f"{split} {name}"] = metrics.get(split, {}).get(name)
+        rows.append(row)
+    return rows
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample std over seeds for every model that ran with more than one seed."""
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_model.setdefault(str(row["model"]), []).append(row)
+    summary = []
+    for model, group in by_model.items():
+        if len(group) < 2:
+            continue
+        entry: dict[str, Any] = {"model": model, "n_seeds": len(group), "seeds": [r["seed"] for r in group]}
+        for split in SPLITS:
+            for name in TABLE_METRICS:
+                values = [r[f"{split} {name}"] for r in group if r[f"{split} {name}"] is not None]
+                if values:
+                    entry[f"{split} {name}"] = _mean_std(values)
+        summary.append(entry)
+    return summary
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, tuple):
+        return f"{value[0]:.4f} ± {value[1]:.4f}"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]], summary: list[dict[str, Any]], dataset: str) -> str:
+    columns = [f"{split} {name}" for split in SPLITS for name in TABLE_METRICS]
+    header = ["run", "model", "seed"] + [c.replace("recall", "R").replace("ndcg", "N") for c in columns] \
+        + ["s/epoch", "best epoch"]
+    lines = [f"# Comparison on {dataset}", "",
+             "Full ranking over all items, train items masked (valid items too for test); "
+             "the epoch of each run is chosen on valid Recall@20 and test is reported at that epoch.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        seconds = row.get("seconds_per_epoch")
+        cells = [row["run"], row["model"], row["seed"]] + [row[c] for c in columns] \
+            + [None if seconds is None else f"{seconds:.3f}", row.get("best_epoch")]
+        lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+    if summary:
+        lines += ["", "## Mean ± std over seeds", "",
+                  "| model | seeds | " + " | ".join(c.replace("recall", "R").replace("ndcg", "N") for c in columns)
+                  + " |", "|" + "---|" * (len(columns) + 2)]
+        for entry in summary:
+            lines.append("| " + " | ".join([entry["model"], str(entry["n_seeds"])]
+                                           + [_fmt(entry.get(c)) for c in columns]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _loss_panel(ax, history: list[dict[str, Any]], title: str) -> None:
+    epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
+    terms = sorted({t for h in history for t in (h.get("terms") or {})})
+    for term in terms:
+        ax.plot(epochs, [(h.get("terms") or {}).get(term, float("nan")) for h in history], label=term)
+    if not terms:
+        ax.plot(epochs, [h.get("loss", float("nan")) for h in history], label="loss")
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss term (weighted)")
+    ax.legend(fontsize=7)
+
+
+def training_curves_png(history: list[dict[str, Any]], path: str | Path, title: str) -> Path:
+    """One run's per-term loss curves (left) and valid Recall@20 (right) as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")            # files only; never a display
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    _loss_panel(left, history, title)
+    points = [(h["epoch"], h["valid"]["recall@20"]) for h in history
+              if isinstance(h.get("valid"), dict) and "recall@20" in h["valid"]]
+    if points:
+        right.plot(*zip(*points), marker="o")
+    right.set_xlabel("epoch")
+    right.set_ylabel("valid Recall@20")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def _plot(out_dir: Path, rows: list[dict[str, Any]], histories: dict[str, list[dict[str, Any]]]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")            # files only; never a display
+    import matplotlib.pyplot as plt
+
+    # Per-term training loss curves, one panel per run (spec section 7: reconstruction vs BPR ...).
+    n = max(1, len(histories))
+    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.5), squeeze=False)
+    for ax, (run_key, history) in zip(axes[0], histories.items()):
+        _loss_panel(ax, history, run_key)
+    fig.tight_layout()
+    fig.savefig(out_dir / "loss_curves.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for run_key, history in histories.items():
+        points = [(h["epoch"], h["valid"]["recall@20"]) for h in history
+                  if isinstance(h.get("valid"), dict) and "recall@20" in h["valid"]]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=run_key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("valid Recall@20")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "valid_recall.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for row in rows:
+        x, y = row.get("seconds_per_epoch"), row.get("test recall@20")
+        if x is not None and y is not None:
+            ax.scatter([x], [y])
+            ax.annotate(row["run"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("seconds per training epoch")
+    ax.set_ylabel("test Recall@20")
+    fig.tight_layout()
+    fig.savefig(out_dir / "time_vs_recall.png", dpi=100)
+    plt.close(fig)
+
+
+def report_fingerprint(cfg: PipelineConfig, evaluations: Mapping[str, StageResult],
+                       trainings: Mapping[str, StageResult]) -> str:
+    return fingerprint(STAGE_NAME, STAGE_VERSION, cfg.dataset.name,
+                       {k: v.fingerprint for k, v in evaluations.items()},
+                       {k: v.fingerprint for k, v in trainings.items()})
+
+
+def report_stage(cfg: PipelineConfig, store: ArtifactStore, evaluations: dict[str, StageResult],
+                 trainings: dict[str, StageResult], force: bool = False) -> StageResult:
+    """comparison.md / comparison.csv / report.json and the PNG plots for the given runs (keyed by run name)."""
+    fp = report_fingerprint(cfg, evaluations, trainings)
+
+    def build(out_dir: Path) -> dict[str, Any]:
+        import pandas as pd
+
+        rows = comparison_rows(evaluations, trainings)
+        summary = seed_summary(rows)
+        atomic_write_bytes(out_dir / "comparison.md", markdown_table(rows, summary, cfg.dataset.name).encode())
+        pd.DataFrame(rows).to_csv(out_dir / "comparison.csv", index=False)
+        histories = {k: _read_json(Path(t.path) / "history.json", []) for k, t in trainings.items()}
+        _plot(out_dir, rows, histories)
+        atomic_write_json(out_dir / "report.json", {"rows": rows, "seed_summary": summary})
+        ranked = [r for r in rows if r.get("valid recall@20") is not None]
+        best = max(ranked, key=lambda r: r["valid recall@20"]) if ranked else None
+        return {"runs": len(rows), "best_run": best["run"] if best else None,
+                "best_valid_recall@20": best["valid recall@20"] if best else None,
+                "best_test_recall@20": best["test recall@20"] if best else None,
+                "files": ["comparison.md", "comparison.csv", "report.json", *PLOTS]}
+
+    return store.run_stage(STAGE_NAME, fp, build, force=force,
+                           meta={"upstream": {"evaluate": {k: v.fingerprint for k, v in evaluations.items()},
+                                              "train": {k: v.fingerprint for k, v in trainings.items()}}})
