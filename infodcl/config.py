@@ -266,7 +266,9 @@ def apply_override(raw: dict, assignment: str) -> dict:
 def load_config(dataset: str | None = None, overrides: list[str] | None = None,
                 config_file: str | os.PathLike | None = None) -> PipelineConfig:
     """Resolve defaults <- configs/default.yaml <- configs/<dataset>.yaml <- config_file <- overrides."""
-    raw: dict = {}
+    # Start from the default model runs so a YAML file that tunes `models.lightgcn.train.lr` keeps the
+    # run's name and every other default (a bare mapping would otherwise reset it to an InfoDCL run).
+    raw: dict = {"models": {name: run.model_dump(mode="json") for name, run in _default_models().items()}}
     directory = config_dir()
     layers = [directory / "default.yaml"]
     if dataset:

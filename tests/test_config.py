@@ -83,3 +83,14 @@ def test_yaml_anchors_are_copied_per_use(tmp_path):
     cfg = load_config(None, ["models.mf.train.lr=0.002"], extra)
     assert (cfg.models["infodcl"].train.lr, cfg.models["mf"].train.lr) == (0.005, 0.002)
     assert cfg.models["infodcl"].train.epochs == cfg.models["mf"].train.epochs == 4
+
+
+def test_yaml_model_run_keeps_its_defaults(tmp_path):
+    """A YAML file that tunes one field of a default run keeps that run's name and other defaults."""
+    from infodcl.config import load_config
+    path = tmp_path / "partial.yaml"
+    path.write_text("models:\n  lightgcn:\n    train: {lr: 0.01}\n")
+    cfg = load_config("office", config_file=path)
+    assert cfg.models["lightgcn"].model.name == "lightgcn"
+    assert cfg.models["lightgcn"].train.lr == 0.01
+    assert set(cfg.models) >= {"infodcl", "lightgcn", "mf"}
