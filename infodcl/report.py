@@ -1,6 +1,7 @@
 """Report stage: the comparison table of several runs (like the paper's Table 2) and their training plots.
 
-Spec section 8 (Table 2: Recall/NDCG @20/@50) and section 7 (per-term loss curves, training time per epoch vs Recall@20).
+Spec section 8 (Table 2: Recall/NDCG @20/@50) and section 7 (per-term loss curves, training time per epoch vs Recall@20,
+and for InfoDCL runs the SNR of x_t per timestep and the singular-vector alignment of `infodcl.analysis`).
 """
 from __future__ import annotations
 
@@ -13,10 +14,15 @@ from infodcl.config import PipelineConfig, fingerprint
 from infodcl.store import ArtifactStore, StageResult, atomic_write_bytes, atomic_write_json
 
 STAGE_NAME = "report"
-STAGE_VERSION = 1
+STAGE_VERSION = 2   # 2: SNR / singular-alignment analyses of InfoDCL runs, loss_balance.png
 TABLE_METRICS = ("recall@20", "recall@50", "ndcg@20", "ndcg@50")
 SPLITS = ("valid", "test")
 PLOTS = ("loss_curves.png", "valid_recall.png", "time_vs_recall.png")
+ANALYSIS_FILES = ("snr.png", "snr.json", "singular_alignment.json")
+# Fixed settings of the spec-section-7 analyses (part of the fingerprint): a seeded sample of items, evenly
+# spaced timesteps for the SNR curves, a few timesteps (fractions of T) and top-k for the alignment.
+ANALYSIS_SETTINGS = {"seed": 0, "sample_items": 512, "snr_timesteps": 20,
+                     "alignment_fractions": [0.0, 0.25, 0.5, 0.75, 1.0], "alignment_k": 8}
 
 
 def _read_json(path: Path, default: Any) -> Any:
@@ -173,11 +179,158 @@ def _plot(out_dir: Path, rows: list[dict[str, Any]], histories: dict[str, list[d
     plt.close(fig)
 
 
+# --------------------------------------------------------------------------- InfoDCL analyses (spec section 7)
+def _saved_model_config(training: StageResult) -> dict[str, Any] | None:
+    """The model config stored in a train stage's model.pt (None when there is no model.pt)."""
+    import torch
+
+    model_file = Path(training.path) / "model.pt"
+    if not model_file.is_file():
+        return None
+    return torch.load(model_file, map_location="cpu", weights_only=True).get("model_config")
+
+
+def load_run_model(store: ArtifactStore, training: StageResult):
+    """Rebuild a trained model with `evaluate.load_trained_model`, finding its ingest and metadata outputs in
+    the store through the train manifest's upstream fingerprints. Returns (model, saved) or raises LookupError.
+    """
+    from infodcl.data.dataset import InteractionData
+    from infodcl.evaluate import load_trained_model
+
+    upstream = store.manifest(training.path).get("upstream") or {}
+    ingest_path = store.lookup("ingest", upstream.get("ingest") or "")
+    if ingest_path is None:
+        raise LookupError(f"{training.path}: its ingest output {upstream.get('ingest')!r} is not in the store")
+    metadata = None
+    if upstream.get("metadata"):
+        metadata_path = store.lookup("metadata", upstream["metadata"])
+        if metadata_path is not None:
+            metadata = StageResult("metadata", upstream["metadata"], metadata_path, True)
+    data = InteractionData.from_dir(ingest_path)
+    try:
+        return load_trained_model(Path(training.path) / "model.pt", data, metadata, "cpu")
+    except ValueError as error:   # e.g. the metadata output is gone from the store
+        raise LookupError(str(error)) from error
+
+
+def diffusion_analyses(model, settings: Mapping[str, Any] = ANALYSIS_SETTINGS) -> tuple[dict, dict]:
+    """(snr record, singular-alignment record) of one InfoDCL model on a seeded item sample."""
+    import numpy as np
+    import torch
+
+    from infodcl.analysis import sample_items, singular_vector_alignment, snr, snr_per_timestep
+
+    seed = int(settings["seed"])
+    items = sample_items(model.n_items, settings["sample_items"], seed)
+    steps = model.diffusion.steps
+    timesteps = sorted({int(round(x)) for x in np.linspace(0, steps - 1, int(settings["snr_timesteps"]))})
+    curves = {kind: snr_per_timestep(model, items, timesteps, kind, seed) for kind in ("informative", "gaussian")}
+    with torch.no_grad():
+        x0_snr = snr(model.item_embedding[torch.as_tensor(items)])
+    snr_record = {"model_noise": "informative" if model.informative_noise else "gaussian",
+                  "n_items": len(items), "seed": seed, "timesteps": timesteps, "x0": x0_snr,
+                  **{kind: {name: [float(v) for v in values] for name, values in by_channel.items()}
+                     for kind, by_channel in curves.items()}}
+    k = min(int(settings["alignment_k"]), model.item_embedding.shape[1], len(items))
+    alignment: dict[str, Any] = {"k": k, "n_items": len(items), "seed": seed, "by_timestep": []}
+    for fraction in settings["alignment_fractions"]:
+        t = int(round(float(fraction) * (steps - 1)))
+        by_channel = singular_vector_alignment(model, items, t, k, seed)
+        alignment["by_timestep"].append({"t": t, **{
+            source: {name: {"diagonal": [round(float(v), 6) for v in np.diag(matrices[source])],
+                            "matrix": [[round(float(v), 6) for v in row] for row in matrices[source]]}
+                     for name, matrices in by_channel.items()}
+            for source in ("x0", "noise")}})
+    return snr_record, alignment
+
+
+def _snr_png(path: Path, records: Mapping[str, dict]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")            # files only; never a display
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(records))
+    fig, axes = plt.subplots(1, n, figsize=(4.8 * n, 3.6), squeeze=False)
+    for ax, (run_key, record) in zip(axes[0], records.items()):
+        for colour, name in enumerate(record["informative"]):
+            for kind, style in (("informative", "-"), ("gaussian", "--")):
+                ax.plot(record["timesteps"], record[kind][name], style, color=f"C{colour}", label=f"{name} {kind}")
+        ax.axhline(record["x0"], color="grey", linestyle=":", label="x0")
+        ax.set_yscale("log")
+        ax.set_title(f"{run_key} (noise: {record['model_noise']})", fontsize=9)
+        ax.set_xlabel("timestep t")
+        ax.set_ylabel("SNR of x_t (Eq. 17)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _loss_balance_png(path: Path, histories: Mapping[str, list], balance_weights: Mapping[str, float]) -> bool:
+    """Reconstruction vs BPR curves of InfoDCL runs with and without the balance loss; False when not both kinds."""
+    if not (any(w > 0 for w in balance_weights.values()) and any(w == 0 for w in balance_weights.values())):
+        return False
+    import matplotlib
+    matplotlib.use("Agg")            # files only; never a display
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for run_key, weight in balance_weights.items():
+        history = histories.get(run_key) or []
+        epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
+        label = f"{run_key} (w_cb={weight:g})"
+        for ax, term in ((left, "rec"), (right, "bpr")):
+            ax.plot(epochs, [(h.get("terms") or {}).get(term, float("nan")) for h in history], label=label)
+    for ax, term in ((left, "reconstruction (rec)"), (right, "BPR")):
+        ax.set_title(f"{term}, with vs without the balance loss", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss term (weighted)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_analyses(out_dir: Path, store: ArtifactStore, trainings: Mapping[str, StageResult],
+                   histories: Mapping[str, list]) -> dict[str, Any]:
+    """snr.png / snr.json / singular_alignment.json for every InfoDCL run (and loss_balance.png when there are
+    runs with and without the balance loss). Returns {"files": [...], "analysed": [...], "skipped": {run: why}}."""
+    import torch
+
+    snr_records, alignments, balance_weights, skipped = {}, {}, {}, {}
+    for run_key, training in trainings.items():
+        model_cfg = _saved_model_config(training)
+        if not model_cfg or model_cfg.get("name") != "infodcl":
+            continue
+        balance_weights[run_key] = float((model_cfg.get("weights") or {}).get("cb", 0.0))
+        try:
+            model, _ = load_run_model(store, training)
+        except LookupError as error:
+            skipped[run_key] = str(error)
+            continue
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)   # (512, d) matrices: on a busy 2-core machine thread hand-offs cost ~30x
+        try:
+            snr_records[run_key], alignments[run_key] = diffusion_analyses(model)
+        finally:
+            torch.set_num_threads(threads)
+    files = []
+    if snr_records:
+        atomic_write_json(out_dir / "snr.json", snr_records)
+        atomic_write_json(out_dir / "singular_alignment.json", alignments)
+        _snr_png(out_dir / "snr.png", snr_records)
+        files += list(ANALYSIS_FILES)
+    if _loss_balance_png(out_dir / "loss_balance.png", histories, balance_weights):
+        files.append("loss_balance.png")
+    return {"files": files, "analysed": list(snr_records), "skipped": skipped}
+
+
 def report_fingerprint(cfg: PipelineConfig, evaluations: Mapping[str, StageResult],
                        trainings: Mapping[str, StageResult]) -> str:
     return fingerprint(STAGE_NAME, STAGE_VERSION, cfg.dataset.name,
                        {k: v.fingerprint for k, v in evaluations.items()},
-                       {k: v.fingerprint for k, v in trainings.items()})
+                       {k: v.fingerprint for k, v in trainings.items()}, ANALYSIS_SETTINGS)
 
 
 def report_stage(cfg: PipelineConfig, store: ArtifactStore, evaluations: dict[str, StageResult],
@@ -194,13 +347,16 @@ def report_stage(cfg: PipelineConfig, store: ArtifactStore, evaluations: dict[st
         pd.DataFrame(rows).to_csv(out_dir / "comparison.csv", index=False)
         histories = {k: _read_json(Path(t.path) / "history.json", []) for k, t in trainings.items()}
         _plot(out_dir, rows, histories)
-        atomic_write_json(out_dir / "report.json", {"rows": rows, "seed_summary": summary})
+        analyses = write_analyses(out_dir, store, trainings, histories)
+        atomic_write_json(out_dir / "report.json", {"rows": rows, "seed_summary": summary,
+                                                    "analysis_settings": ANALYSIS_SETTINGS, "analyses": analyses})
         ranked = [r for r in rows if r.get("valid recall@20") is not None]
         best = max(ranked, key=lambda r: r["valid recall@20"]) if ranked else None
         return {"runs": len(rows), "best_run": best["run"] if best else None,
                 "best_valid_recall@20": best["valid recall@20"] if best else None,
                 "best_test_recall@20": best["test recall@20"] if best else None,
-                "files": ["comparison.md", "comparison.csv", "report.json", *PLOTS]}
+                "files": ["comparison.md", "comparison.csv", "report.json", *PLOTS, *analyses["files"]],
+                "analysis_skipped": analyses["skipped"]}
 
     return store.run_stage(STAGE_NAME, fp, build, force=force,
                            meta={"upstream": {"evaluate": {k: v.fingerprint for k, v in evaluations.items()},
