@@ -18,7 +18,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from infodcl.config import ConfigError, PipelineConfig, load_config
-from infodcl.errors import InfoDCLError
+from infodcl.errors import DownloadError, InfoDCLError
 from infodcl.store import ArtifactStore, StageResult
 from infodcl.tracking import Tracker, params_from_config, split_metrics, ui_command
 
@@ -64,6 +64,8 @@ def _retry_transient(task_obj, task_run, state) -> bool:
         error = state.result(raise_on_failure=False)
     except Exception as exc:           # pragma: no cover - depends on result persistence
         error = exc
+    if isinstance(error, DownloadError):
+        return True
     return not isinstance(error, (InfoDCLError, ConfigError, ValueError))
 
 

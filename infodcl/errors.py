@@ -18,3 +18,7 @@ class ContractError(InfoDCLError):
 
 class TrainingError(InfoDCLError):
     """Training cannot go on (e.g. a non-finite loss term)."""
+
+
+class DownloadError(DataError):
+    """A source file could not be fetched over the network: transient, so worth a retry."""

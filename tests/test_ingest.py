@@ -317,6 +317,45 @@ toy:
     assert (tmp_path / "cache" / "toy" / "train.txt").read_bytes() == handler.payload
 
 
+def test_unreachable_source_is_a_retryable_download_error(tmp_path, monkeypatch):
+    """A network failure is DownloadError (the ingest task retries it); it still names file and URL."""
+    import socket
+
+    from infodcl.errors import DownloadError
+    with socket.socket() as probe:           # a local port nobody listens on: connection refused at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    catalog = write(tmp_path / "catalog.yaml", f"""
+toy:
+  format: pairs
+  root: toy
+  entry: train.txt
+  files:
+    - path: train.txt
+      urls: [http://127.0.0.1:{port}/train.txt]
+      sha256: null
+""")
+    monkeypatch.setenv("INFODCL_CATALOG", str(catalog))
+    monkeypatch.setenv("INFODCL_DATA_MIRROR", str(tmp_path / "empty-mirror"))
+    monkeypatch.setenv("INFODCL_DATA_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DownloadError, match=rf"toy: could not obtain train\.txt:\n  http://127\.0\.0\.1:{port}/train\.txt"):
+        ingest_stage(catalog_cfg("toy"), ArtifactStore(tmp_path / "store"))
+    assert not (tmp_path / "store" / "ingest").exists() or list((tmp_path / "store" / "ingest").iterdir()) == []
+
+
+def test_retry_condition_retries_downloads_only():
+    """The ingest task's retry condition: a download failure is retried, a bad file or config is not."""
+    from types import SimpleNamespace
+
+    from flows.stages import _retry_transient
+    from infodcl.errors import DataError, DownloadError
+
+    def state(error):
+        return SimpleNamespace(result=lambda raise_on_failure=False: error)
+    assert _retry_transient(None, None, state(DownloadError("office: could not obtain train.txt")))
+    assert not _retry_transient(None, None, state(DataError("train.txt, line 3: expected an integer")))
+
+
 # --------------------------------------------------------------------------- catalog and recipes
 def test_packaged_catalog_lists_required_datasets_with_known_readers():
     catalog = load_catalog()

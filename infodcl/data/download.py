@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 from infodcl.data.catalog import CatalogEntry, SourceFile
-from infodcl.errors import DataError
+from infodcl.errors import DataError, DownloadError
 from infodcl.store import sha256_file
 
 MIRROR_ENV = "INFODCL_DATA_MIRROR"
@@ -93,6 +93,7 @@ def _fetch_file(entry: CatalogEntry, source: SourceFile, dest: Path) -> None:
         raise DataError(f"{entry.name}: {source.path} cannot be downloaded automatically; fetch it by hand from "
                         f"{', '.join(source.urls) or 'its publisher'} and place it at {where}/{entry.root}/{source.path}")
     failures = []
+    network_failed = False
     for url in source.urls:
         try:
             if source.archive == "zip":
@@ -110,9 +111,12 @@ def _fetch_file(entry: CatalogEntry, source: SourceFile, dest: Path) -> None:
                     dest.unlink()
             failures.append(str(exc))
         except (OSError, urllib.error.URLError) as exc:
+            network_failed = True
             failures.append(f"{url}: {exc}")
-    raise DataError(f"{entry.name}: could not obtain {source.path}:\n  " + "\n  ".join(failures) +
-                    f"\n(offline? put the files under ${MIRROR_ENV}/{entry.root}/)")
+    # Only a network failure may succeed on a retry; a wrong checksum or a bad archive stays wrong.
+    error = DownloadError if network_failed else DataError
+    raise error(f"{entry.name}: could not obtain {source.path}:\n  " + "\n  ".join(failures) +
+                f"\n(offline? put the files under ${MIRROR_ENV}/{entry.root}/)")
 
 
 def fetch_dataset(entry: CatalogEntry, mirror: Path | None = None, cache: Path | None = None) -> tuple[Path, dict[str, str]]:
