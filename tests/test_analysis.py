@@ -156,14 +156,7 @@ def test_item_embedding_tsne_is_seeded(model):
 def _put_ingest(store: ArtifactStore, data):
     """The ingest stage's tables for `data`, stored under a fingerprint (so the report can find them)."""
     def build(out_dir):
-        frames = [pd.DataFrame({"user": u, "item": i, "split": s}) for s, (u, i) in data.pairs.items()]
-        pd.concat(frames, ignore_index=True).to_parquet(out_dir / "interactions.parquet", index=False)
-        pd.DataFrame({"user": np.arange(data.n_users), "original_id": [f"u{k}" for k in range(data.n_users)]}) \
-            .to_parquet(out_dir / "users.parquet", index=False)
-        pd.DataFrame({"item": np.arange(data.n_items), "original_id": [f"i{k}" for k in range(data.n_items)]}) \
-            .to_parquet(out_dir / "items.parquet", index=False)
-        (out_dir / "dataset.json").write_text(json.dumps({"name": "tiny", "n_users": data.n_users,
-                                                          "n_items": data.n_items}))
+        data.write_dir(out_dir)
         return {}
     return store.run_stage("ingest", "a" * 64, build)
 

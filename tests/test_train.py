@@ -216,15 +216,7 @@ def test_select_on_test_is_a_named_reproduction_switch():
 # --------------------------------------------------------------------------- stages
 def write_ingest_dir(path, data):
     """A minimal ingest-stage output (canonical tables + card) for the train and evaluate stages."""
-    path.mkdir(parents=True)
-    frames = [pd.DataFrame({"user": u, "item": i, "split": split}) for split, (u, i) in data.pairs.items()]
-    pd.concat(frames, ignore_index=True).to_parquet(path / "interactions.parquet", index=False)
-    pd.DataFrame({"user": np.arange(data.n_users), "original_id": [f"u{k}" for k in range(data.n_users)]}) \
-        .to_parquet(path / "users.parquet", index=False)
-    pd.DataFrame({"item": np.arange(data.n_items), "original_id": [f"i{k}" for k in range(data.n_items)]}) \
-        .to_parquet(path / "items.parquet", index=False)
-    (path / "dataset.json").write_text(json.dumps({"name": "tiny", "n_users": data.n_users,
-                                                   "n_items": data.n_items}))
+    data.write_dir(path)
     return StageResult("ingest", "f" * 64, path, False, {})
 
 

@@ -70,6 +70,21 @@ class InteractionData:
                    item_ids=items.sort_values("item")["original_id"].astype(str).to_numpy(),
                    card=card)
 
+    def write_dir(self, path: str | Path) -> Path:
+        """Write the minimal canonical tables + card (the inverse of from_dir): for tests and prepared splits."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        frames = [pd.DataFrame({"user": u, "item": i, "split": split}) for split, (u, i) in self.pairs.items()]
+        pd.concat(frames, ignore_index=True).to_parquet(path / INTERACTIONS_FILE, index=False)
+        user_ids = self.user_ids if self.user_ids is not None else [f"u{k}" for k in range(self.n_users)]
+        item_ids = self.item_ids if self.item_ids is not None else [f"i{k}" for k in range(self.n_items)]
+        pd.DataFrame({"user": np.arange(self.n_users), "original_id": user_ids}).to_parquet(path / USERS_FILE, index=False)
+        pd.DataFrame({"item": np.arange(self.n_items), "original_id": item_ids}).to_parquet(path / ITEMS_FILE, index=False)
+        card = {"name": self.name, "n_users": self.n_users, "n_items": self.n_items,
+                "n_interactions": sum(self.count(s) for s in SPLITS), "splits": {s: self.count(s) for s in SPLITS}}
+        (path / CARD_FILE).write_text(json.dumps(card, indent=2))
+        return path
+
     def matrix(self, split: str = "train") -> sp.csr_matrix:
         """Binary n_users x n_items CSR matrix of one split (cached)."""
         if split not in self._matrices:
