@@ -27,6 +27,22 @@ def _quiet_telemetry() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
+def _show_library_log(quiet: bool) -> None:
+    """Route the library's progress lines (per-evaluation metrics, reuse notes) to stderr.
+
+    The per-batch progress bar only draws on a terminal; without this, `make run | tee log` would show nothing
+    for the many minutes a model trains.
+    """
+    import logging
+
+    library_log = logging.getLogger("infodcl")
+    if not library_log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s", "%H:%M:%S"))
+        library_log.addHandler(handler)
+    library_log.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -176,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "quiet", False):
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    _show_library_log(getattr(args, "quiet", False))
     from infodcl.config import ConfigError
     from infodcl.errors import InfoDCLError
 

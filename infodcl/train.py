@@ -262,7 +262,8 @@ def train_model(model: Recommender, data: InteractionData, train_cfg: TrainConfi
             else:
                 bad_evaluations += 1
                 stopped_early = bad_evaluations >= train_cfg.patience
-            log.info("epoch %d loss %.5f valid %s %.5f (best %.5f at %d)", epoch, record["loss"],
+            log.info("%s seed %d epoch %d (%.2f s/epoch) loss %.5f valid %s %.5f (best %.5f at %d)",
+                     type(model).__name__, train_cfg.seed, epoch, record["seconds"], record["loss"],
                      SELECTION_METRIC, valid[SELECTION_METRIC], best_metric, best_epoch)
             model.train()
             history.append(record)

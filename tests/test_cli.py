@@ -107,3 +107,24 @@ def test_ingest_and_validate_json_on_a_users_own_files(prefect_harness, mlflow_t
     validated = json.loads(capsys.readouterr().out)
     assert validated["reused"] == {"ingest": True, "validate": False}
     assert Path(validated["artifacts"]["validation"]).is_file()
+
+
+def test_library_progress_lines_reach_stderr_once(capsys):
+    import logging
+
+    from infodcl.cli import _show_library_log
+
+    library_log = logging.getLogger("infodcl")
+    before = list(library_log.handlers)
+    try:
+        library_log.handlers.clear()
+        _show_library_log(quiet=False)
+        _show_library_log(quiet=False)          # a second command in one process adds no second handler
+        assert len(library_log.handlers) == 1 and library_log.level == logging.INFO
+        logging.getLogger("infodcl.train").info("MF seed 1 epoch 20")
+        assert "INFO    | infodcl.train - MF seed 1 epoch 20" in capsys.readouterr().err
+        _show_library_log(quiet=True)
+        assert library_log.level == logging.WARNING
+    finally:
+        library_log.handlers[:] = before
+        library_log.setLevel(logging.NOTSET)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -84,6 +85,17 @@ def test_loss_falls_and_history_is_recorded():
     assert [r["epoch"] for r in result.history if "valid" in r] == [3, 6, 9, 12]
     assert set(first) >= {"epoch", "seconds", "loss", "terms"} and "valid" not in first
     assert first["loss"] == pytest.approx(sum(first["terms"].values()))
+
+
+def test_each_evaluation_logs_a_progress_line_naming_model_seed_and_metric(caplog):
+    # Off a terminal no progress bar draws; this line is what a user watching `make run | tee` sees.
+    data = make_data()
+    with caplog.at_level(logging.INFO, logger="infodcl.train"):
+        train_model(make_model(data), data, train_cfg(epochs=6), EVAL)
+    lines = [r.getMessage() for r in caplog.records if r.name == "infodcl.train"]
+    assert len(lines) == 2
+    assert lines[0].startswith("TinyMF seed 11 epoch 3 (") and "valid recall@20" in lines[0]
+    assert lines[1].startswith("TinyMF seed 11 epoch 6 (")
 
 
 def test_golden_metrics_of_the_tiny_mf_run():
