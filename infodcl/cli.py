@@ -40,6 +40,8 @@ def _show_library_log(quiet: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s", "%H:%M:%S"))
         library_log.addHandler(handler)
+    # Prefect puts a console handler on the root logger; propagating there too printed every line twice.
+    library_log.propagate = False
     library_log.setLevel(logging.WARNING if quiet else logging.INFO)
 
 

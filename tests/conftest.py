@@ -49,3 +49,17 @@ def mlflow_tmp(tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+@pytest.fixture(autouse=True)
+def _restore_library_logger():
+    """The CLI gives the `infodcl` logger its own stderr handler and stops propagation (once per process);
+    put it back after each test, so a later test's caplog (on the root logger) still sees library records."""
+    import logging
+
+    library_log = logging.getLogger("infodcl")
+    handlers, level, propagate = list(library_log.handlers), library_log.level, library_log.propagate
+    yield
+    library_log.handlers[:] = handlers
+    library_log.setLevel(level)
+    library_log.propagate = propagate

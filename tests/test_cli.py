@@ -115,16 +115,19 @@ def test_library_progress_lines_reach_stderr_once(capsys):
     from infodcl.cli import _show_library_log
 
     library_log = logging.getLogger("infodcl")
-    before = list(library_log.handlers)
+    # Prefect's logging config puts a console handler on the root logger, as here.
+    root_console = logging.StreamHandler(sys.stderr)
+    logging.getLogger().addHandler(root_console)
     try:
         library_log.handlers.clear()
         _show_library_log(quiet=False)
         _show_library_log(quiet=False)          # a second command in one process adds no second handler
         assert len(library_log.handlers) == 1 and library_log.level == logging.INFO
         logging.getLogger("infodcl.train").info("MF seed 1 epoch 20")
-        assert "INFO    | infodcl.train - MF seed 1 epoch 20" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "INFO    | infodcl.train - MF seed 1 epoch 20" in err
+        assert err.count("MF seed 1 epoch 20") == 1, err
         _show_library_log(quiet=True)
         assert library_log.level == logging.WARNING
     finally:
-        library_log.handlers[:] = before
-        library_log.setLevel(logging.NOTSET)
+        logging.getLogger().removeHandler(root_console)
