@@ -35,23 +35,14 @@ def peak_rss_mib() -> float:
 
 
 def load_office() -> tuple[InteractionData, str]:
-    """Office through the ingest stage when it works here, else the pair files parsed directly."""
-    if OFFICE_DIR.is_dir():   # the local mirror of the catalog's files (offline machines)
+    """Office through the real ingest stage (from the local mirror of the catalog's files when present)."""
+    if OFFICE_DIR.is_dir():
         os.environ.setdefault("INFODCL_DATA_MIRROR", str(OFFICE_DIR.parent))
-    try:
-        from infodcl.data.ingest import ingest_stage
-        from infodcl.store import ArtifactStore
-        with tempfile.TemporaryDirectory() as tmp:
-            result = ingest_stage(load_config("office"), ArtifactStore(tmp))
-            return InteractionData.from_dir(result.path), "ingest stage"
-    except Exception as exc:  # the bench must run even while ingest is in flux
-        print(f"(ingest stage unavailable: {type(exc).__name__}: {exc}; parsing the .txt files)", file=sys.stderr)
-    pairs = {s: np.loadtxt(OFFICE_DIR / f"{s}.txt", dtype=np.int64, ndmin=2) for s in ("train", "valid", "test")}
-    n_users = 1 + max(int(p[:, 0].max()) for p in pairs.values())
-    n_items = 1 + max(int(p[:, 1].max()) for p in pairs.values())
-    data = InteractionData.from_pairs(n_users, n_items, *[(p[:, 0], p[:, 1]) for p in pairs.values()],
-                                      name="office")
-    return data, "pair files"
+    from infodcl.data.ingest import ingest_stage
+    from infodcl.store import ArtifactStore
+    with tempfile.TemporaryDirectory() as tmp:
+        result = ingest_stage(load_config("office"), ArtifactStore(tmp))
+        return InteractionData.from_dir(result.path), "ingest stage"
 
 
 def channels_for(data: InteractionData, dim: int = 64) -> tuple[dict[str, np.ndarray], str]:
