@@ -33,6 +33,17 @@ def tiny_data():
     return synthetic_dataset(n_users=60, n_items=40, n_interactions=600, seed=0)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors on a shared 2-core machine: thread hand-offs cost more than the maths."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """A temporary Prefect API (own SQLite database), started once per test session; only flow tests request it."""

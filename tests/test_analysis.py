@@ -20,13 +20,7 @@ from infodcl.store import ArtifactStore
 DIM, STEPS, N_ITEMS = 16, 20, 40
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Tiny tensors on a shared 2-core machine: thread hand-offs cost more than the maths.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_model_config(**overrides) -> ModelConfig:

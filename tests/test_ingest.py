@@ -49,6 +49,25 @@ def catalog_cfg(name: str) -> PipelineConfig:
     return cfg
 
 
+def use_toy_catalog(tmp_path: Path, monkeypatch, url: str, sha256: str | None, mirror: Path | None = None,
+                    recipe: str | None = None) -> None:
+    """A one-file `toy` catalog entry (train.txt from `url`), mirror and download cache under tmp_path."""
+    recipe_line = f"\n  recipe: {recipe}" if recipe else ""
+    catalog = write(tmp_path / "catalog.yaml", f"""
+toy:
+  format: pairs
+  root: toy
+  entry: train.txt
+  files:
+    - path: train.txt
+      urls: [{url}]
+      sha256: {sha256 if sha256 is not None else "null"}{recipe_line}
+""")
+    monkeypatch.setenv("INFODCL_CATALOG", str(catalog))
+    monkeypatch.setenv("INFODCL_DATA_MIRROR", str(mirror or tmp_path / "empty-mirror"))
+    monkeypatch.setenv("INFODCL_DATA_CACHE", str(tmp_path / "cache"))
+
+
 # --------------------------------------------------------------------------- preparation steps
 def test_dedup_keeps_earliest_by_timestamp_and_counts_dropped():
     raw = raw_table(["u1", "u1", "u1", "u2"], ["i1", "i1", "i2", "i1"], ratings=[1, 5, 3, 4],
@@ -217,18 +236,7 @@ def test_catalog_checksum_mismatch(tmp_path, monkeypatch):
     write(mirror / "toy" / "train.txt", "0 1\n1 1\n")
     expected = hashlib.sha256(b"something else").hexdigest()
     actual = hashlib.sha256(b"0 1\n1 1\n").hexdigest()
-    catalog = write(tmp_path / "catalog.yaml", f"""
-toy:
-  format: pairs
-  root: toy
-  files:
-    - path: train.txt
-      urls: [http://127.0.0.1:9/never-used]
-      sha256: {expected}
-""")
-    monkeypatch.setenv("INFODCL_CATALOG", str(catalog))
-    monkeypatch.setenv("INFODCL_DATA_MIRROR", str(mirror))
-    monkeypatch.setenv("INFODCL_DATA_CACHE", str(tmp_path / "cache"))
+    use_toy_catalog(tmp_path, monkeypatch, "http://127.0.0.1:9/never-used", expected, mirror=mirror)
     store = ArtifactStore(tmp_path / "store")
     with pytest.raises(DataError, match=rf"toy/train\.txt: sha256 mismatch: the catalog expects {expected}, "
                                         rf"the file has {actual}"):
@@ -298,20 +306,8 @@ def test_catalog_dataset_downloaded_when_not_mirrored(tmp_path, http_server, mon
     server, handler = http_server
     handler.payload = b"0 1\n0 2\n1 2\n"
     port = server.server_address[1]
-    catalog = write(tmp_path / "catalog.yaml", f"""
-toy:
-  format: pairs
-  root: toy
-  entry: train.txt
-  files:
-    - path: train.txt
-      urls: [http://127.0.0.1:{port}/train.txt]
-      sha256: {hashlib.sha256(handler.payload).hexdigest()}
-  recipe: {{split: random, split_ratios: [1, 0, 0]}}
-""")
-    monkeypatch.setenv("INFODCL_CATALOG", str(catalog))
-    monkeypatch.setenv("INFODCL_DATA_MIRROR", str(tmp_path / "empty-mirror"))
-    monkeypatch.setenv("INFODCL_DATA_CACHE", str(tmp_path / "cache"))
+    use_toy_catalog(tmp_path, monkeypatch, f"http://127.0.0.1:{port}/train.txt",
+                    hashlib.sha256(handler.payload).hexdigest(), recipe="{split: random, split_ratios: [1, 0, 0]}")
     result = ingest_stage(catalog_cfg("toy"), ArtifactStore(tmp_path / "store"))
     assert result.summary["n_interactions"] == 3
     assert (tmp_path / "cache" / "toy" / "train.txt").read_bytes() == handler.payload
@@ -325,19 +321,7 @@ def test_unreachable_source_is_a_retryable_download_error(tmp_path, monkeypatch)
     with socket.socket() as probe:           # a local port nobody listens on: connection refused at once
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    catalog = write(tmp_path / "catalog.yaml", f"""
-toy:
-  format: pairs
-  root: toy
-  entry: train.txt
-  files:
-    - path: train.txt
-      urls: [http://127.0.0.1:{port}/train.txt]
-      sha256: null
-""")
-    monkeypatch.setenv("INFODCL_CATALOG", str(catalog))
-    monkeypatch.setenv("INFODCL_DATA_MIRROR", str(tmp_path / "empty-mirror"))
-    monkeypatch.setenv("INFODCL_DATA_CACHE", str(tmp_path / "cache"))
+    use_toy_catalog(tmp_path, monkeypatch, f"http://127.0.0.1:{port}/train.txt", None)
     with pytest.raises(DownloadError, match=rf"toy: could not obtain train\.txt:\n  http://127\.0\.0\.1:{port}/train\.txt"):
         ingest_stage(catalog_cfg("toy"), ArtifactStore(tmp_path / "store"))
     assert not (tmp_path / "store" / "ingest").exists() or list((tmp_path / "store" / "ingest").iterdir()) == []

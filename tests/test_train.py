@@ -62,13 +62,7 @@ def train_cfg(**overrides):
 EVAL = EvalConfig(ks=[10, 20], chunk_size=50)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Tiny tensors on a shared 2-core machine: thread hand-offs cost more than the maths.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
