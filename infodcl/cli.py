@@ -150,15 +150,17 @@ def human_summary(outcome: dict[str, Any]) -> str:
         lines.append(f"{name:<24}{'reused' if record['reused'] else 'computed':<10}"
                      f"{record.get('seconds', 0.0):>9.2f}  {record['path']}")
     ingest = outcome.get("stages", {}).get("ingest")
-    if ingest and outcome["until"] in ("ingest", "validate"):
+    if ingest:      # every flow starts from the ingest stage: show what data the numbers below come from
         summary = ingest.get("summary") or {}
         counts = ", ".join(f"{k} {summary[k]:,}" if isinstance(summary[k], int) else f"{k} {summary[k]}"
                            for k in ("n_users", "n_items", "n_interactions") if k in summary)
         if counts:
             lines += ["", f"dataset: {counts}"]
         if isinstance(summary.get("splits"), dict):
-            lines.append("splits: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
-                                                for k, v in summary["splits"].items()))
+            splits = summary["splits"]
+            order = [k for k in ("train", "valid", "test") if k in splits] + sorted(set(splits) - {"train", "valid", "test"})
+            lines.append("splits: " + ", ".join(f"{k} {splits[k]:,}" if isinstance(splits[k], int) else f"{k} {splits[k]}"
+                                                for k in order))
     metrics = outcome.get("metrics") or {}
     if metrics:
         width = max(10, *(len(k) + 2 for k in metrics))

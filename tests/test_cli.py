@@ -72,7 +72,9 @@ def test_process_exit_code_and_no_traceback():
 def test_human_summary_shows_metrics_artifacts_and_mlflow_command():
     outcome = {
         "flow": "pipeline", "dataset": "office", "until": "report", "prefect_flow_run_id": "f-1",
-        "stages": {"ingest": {"reused": True, "seconds": 0.01, "path": "/a/ingest/1", "summary": {}},
+        "stages": {"ingest": {"reused": True, "seconds": 0.01, "path": "/a/ingest/1",
+                              "summary": {"n_users": 4905, "n_items": 2420, "n_interactions": 53258,
+                                          "splits": {"test": 6501, "train": 40877, "valid": 5880}}},
                    "train:mf": {"reused": False, "seconds": 12.5, "path": "/a/train/2", "summary": {}}},
         "metrics": {"mf": {"valid": {"recall@20": 0.0712, "recall@50": 0.13, "ndcg@20": 0.03, "ndcg@50": 0.04},
                            "test": {"recall@20": 0.07, "recall@50": 0.12, "ndcg@20": 0.031, "ndcg@50": 0.041}}},
@@ -82,6 +84,8 @@ def test_human_summary_shows_metrics_artifacts_and_mlflow_command():
     }
     text = human_summary(outcome)
     assert "valid R@20" in text and "test N@50" in text
+    assert "dataset: n_users 4,905, n_items 2,420, n_interactions 53,258" in text
+    assert "splits: train 40,877, valid 5,880, test 6,501" in text
     assert "0.0712" in text and "0.0410" in text
     assert "reused" in text and "computed" in text
     assert "/a/report/3/comparison.md" in text
