@@ -158,7 +158,8 @@ def human_summary(outcome: dict[str, Any]) -> str:
             lines += ["", f"dataset: {counts}"]
         if isinstance(summary.get("splits"), dict):
             splits = summary["splits"]
-            order = [k for k in ("train", "valid", "test") if k in splits] + sorted(set(splits) - {"train", "valid", "test"})
+            known = ("train", "valid", "test")
+            order = [k for k in known if k in splits] + sorted(set(splits) - set(known))
             lines.append("splits: " + ", ".join(f"{k} {splits[k]:,}" if isinstance(splits[k], int) else f"{k} {splits[k]}"
                                                 for k in order))
     metrics = outcome.get("metrics") or {}
