@@ -145,9 +145,10 @@ def _fmt(value: Any) -> str:
 def human_summary(outcome: dict[str, Any]) -> str:
     """Stages (reused or computed, where), the metrics table, the MLflow run and how to look at it."""
     lines = [f"InfoDCL {outcome['flow']} on {outcome['dataset']}", ""]
-    lines.append(f"{'stage':<24}{'result':<10}{'seconds':>9}  path")
+    stage_width = max([24, *(len(name) + 2 for name in outcome.get("stages", {}))])
+    lines.append(f"{'stage':<{stage_width}}{'result':<10}{'seconds':>9}  path")
     for name, record in outcome.get("stages", {}).items():
-        lines.append(f"{name:<24}{'reused' if record['reused'] else 'computed':<10}"
+        lines.append(f"{name:<{stage_width}}{'reused' if record['reused'] else 'computed':<10}"
                      f"{record.get('seconds', 0.0):>9.2f}  {record['path']}")
     ingest = outcome.get("stages", {}).get("ingest")
     if ingest:      # every flow starts from the ingest stage: show what data the numbers below come from

@@ -75,7 +75,9 @@ def test_human_summary_shows_metrics_artifacts_and_mlflow_command():
         "stages": {"ingest": {"reused": True, "seconds": 0.01, "path": "/a/ingest/1",
                               "summary": {"n_users": 4905, "n_items": 2420, "n_interactions": 53258,
                                           "splits": {"test": 6501, "train": 40877, "valid": 5880}}},
-                   "train:mf": {"reused": False, "seconds": 12.5, "path": "/a/train/2", "summary": {}}},
+                   "train:mf": {"reused": False, "seconds": 12.5, "path": "/a/train/2", "summary": {}},
+                   "evaluate:infodcl-seed2024": {"reused": False, "seconds": 0.6, "path": "/a/evaluate/4",
+                                                 "summary": {}}},
         "metrics": {"mf": {"valid": {"recall@20": 0.0712, "recall@50": 0.13, "ndcg@20": 0.03, "ndcg@50": 0.04},
                            "test": {"recall@20": 0.07, "recall@50": 0.12, "ndcg@20": 0.031, "ndcg@50": 0.041}}},
         "artifacts": {"comparison_md": "/a/report/3/comparison.md"},
@@ -88,6 +90,7 @@ def test_human_summary_shows_metrics_artifacts_and_mlflow_command():
     assert "splits: train 40,877, valid 5,880, test 6,501" in text
     assert "0.0712" in text and "0.0410" in text
     assert "reused" in text and "computed" in text
+    assert "evaluate:infodcl-seed2024  computed" in text      # a long run name keeps its column
     assert "/a/report/3/comparison.md" in text
     assert "mlflow ui --backend-store-uri sqlite:///x.db" in text and "version 4" in text
 
