@@ -37,7 +37,8 @@ def comparison_rows(evaluations: Mapping[str, StageResult],
         metrics = _read_json(Path(evaluation.path) / "metrics.json", {})
         training = trainings.get(run_key)
         train_metrics = _read_json(Path(training.path) / "train_metrics.json", {}) if training else {}
-        row: dict[str, Any] = {"run": run_key, "model": train_metrics.get("model", evaluation.summary.get("model")),
+        row: dict[str, Any] = {"run": run_key, "model_run": train_metrics.get("model_run", run_key),
+                               "model": train_metrics.get("model", evaluation.summary.get("model")),
                                "seed": train_metrics.get("seed"), "best_epoch": train_metrics.get("best_epoch"),
                                "epochs_run": train_metrics.get("epochs_run"),
                                "seconds_per_epoch": train_metrics.get("seconds_per_epoch")}
@@ -55,15 +56,19 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and sample std over seeds for every model that ran with more than one seed."""
-    by_model: dict[str, list[dict[str, Any]]] = {}
+    """Mean and sample std over seeds for every model run (`infodcl`, `infodcl_gauss`, ...) with 2+ seeds.
+
+    Grouped by the configured run, not the model class: an ablation of InfoDCL is its own row.
+    """
+    by_run: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        by_model.setdefault(str(row["model"]), []).append(row)
+        by_run.setdefault(str(row.get("model_run", row["run"])), []).append(row)
     summary = []
-    for model, group in by_model.items():
+    for model_run, group in by_run.items():
         if len(group) < 2:
             continue
-        entry: dict[str, Any] = {"model": model, "n_seeds": len(group), "seeds": [r["seed"] for r in group]}
+        entry: dict[str, Any] = {"model_run": model_run, "model": group[0]["model"], "n_seeds": len(group),
+                                 "seeds": [r["seed"] for r in group]}
         for split in SPLITS:
             for name in TABLE_METRICS:
                 values = [r[f"{split} {name}"] for r in group if r[f"{split} {name}"] is not None]
@@ -98,10 +103,10 @@ def markdown_table(rows: list[dict[str, Any]], summary: list[dict[str, Any]], da
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     if summary:
         lines += ["", "## Mean ± std over seeds", "",
-                  "| model | seeds | " + " | ".join(c.replace("recall", "R").replace("ndcg", "N") for c in columns)
-                  + " |", "|" + "---|" * (len(columns) + 2)]
+                  "| run | model | seeds | " + " | ".join(c.replace("recall", "R").replace("ndcg", "N") for c in columns)
+                  + " |", "|" + "---|" * (len(columns) + 3)]
         for entry in summary:
-            lines.append("| " + " | ".join([entry["model"], str(entry["n_seeds"])]
+            lines.append("| " + " | ".join([entry["model_run"], entry["model"], str(entry["n_seeds"])]
                                            + [_fmt(entry.get(c)) for c in columns]) + " |")
     return "\n".join(lines) + "\n"
 
