@@ -161,8 +161,8 @@ def human_summary(outcome: dict[str, Any]) -> str:
             splits = summary["splits"]
             known = ("train", "valid", "test")
             order = [k for k in known if k in splits] + sorted(set(splits) - set(known))
-            lines.append("splits: " + ", ".join(f"{k} {splits[k]:,}" if isinstance(splits[k], int) else f"{k} {splits[k]}"
-                                                for k in order))
+            lines.append("splits: " + ", ".join(
+                f"{k} {splits[k]:,}" if isinstance(splits[k], int) else f"{k} {splits[k]}" for k in order))
     metrics = outcome.get("metrics") or {}
     if metrics:
         width = max(10, *(len(k) + 2 for k in metrics))

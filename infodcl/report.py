@@ -62,7 +62,7 @@ def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     by_run: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        by_run.setdefault(str(row.get("model_run", row["run"])), []).append(row)
+        by_run.setdefault(str(row["model_run"]), []).append(row)
     summary = []
     for model_run, group in by_run.items():
         if len(group) < 2:
