@@ -142,6 +142,10 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
 
 
+def _count(name: str, value: Any) -> str:
+    return f"{name} {value:,}" if isinstance(value, int) else f"{name} {value}"
+
+
 def human_summary(outcome: dict[str, Any]) -> str:
     """Stages (reused or computed, where), the metrics table, the MLflow run and how to look at it."""
     lines = [f"InfoDCL {outcome['flow']} on {outcome['dataset']}", ""]
@@ -153,16 +157,14 @@ def human_summary(outcome: dict[str, Any]) -> str:
     ingest = outcome.get("stages", {}).get("ingest")
     if ingest:      # every flow starts from the ingest stage: show what data the numbers below come from
         summary = ingest.get("summary") or {}
-        counts = ", ".join(f"{k} {summary[k]:,}" if isinstance(summary[k], int) else f"{k} {summary[k]}"
-                           for k in ("n_users", "n_items", "n_interactions") if k in summary)
+        counts = ", ".join(_count(k, summary[k]) for k in ("n_users", "n_items", "n_interactions") if k in summary)
         if counts:
             lines += ["", f"dataset: {counts}"]
         if isinstance(summary.get("splits"), dict):
             splits = summary["splits"]
             known = ("train", "valid", "test")
             order = [k for k in known if k in splits] + sorted(set(splits) - set(known))
-            lines.append("splits: " + ", ".join(
-                f"{k} {splits[k]:,}" if isinstance(splits[k], int) else f"{k} {splits[k]}" for k in order))
+            lines.append("splits: " + ", ".join(_count(k, splits[k]) for k in order))
     metrics = outcome.get("metrics") or {}
     if metrics:
         width = max(10, *(len(k) + 2 for k in metrics))

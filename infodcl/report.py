@@ -6,7 +6,7 @@ and for InfoDCL runs the SNR of x_t per timestep and the singular-vector alignme
 from __future__ import annotations
 
 import json
-import math
+import statistics
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -50,9 +50,8 @@ def comparison_rows(evaluations: Mapping[str, StageResult],
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return mean, std
+    """Mean and sample (n - 1) standard deviation; one value has no spread."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
